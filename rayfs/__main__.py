@@ -1,0 +1,3 @@
+from rayfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""Starting and stopping mounts: checks, the background process and its state file.
+
+`rayfs mount` checks the mount point and the credentials in the calling
+process, so that every usual mistake ends in one clear line. It then starts
+`rayfs mount -f` as a background process and returns once that process's FUSE
+`init` callback has reported through a pipe that the mount is serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rayfs.api.client import ApiClient
+from rayfs.config import Settings, cache_home
+from rayfs.errors import ApiError, AuthError, ConfigError, RayfsError, TransportError
+
+logger = logging.getLogger(__name__)
+
+READY_MESSAGE = b"ready\n"
+
+# How long `rayfs mount` waits for the background process to report ready,
+# and `rayfs unmount` for it to exit. Both only bound a wait that normally
+# takes well under a second, so a broken FUSE setup cannot hang the command.
+READY_TIMEOUT = 60.0
+EXIT_TIMEOUT = 30.0
+
+# Options rayfs handles itself instead of passing them to libfuse.
+OWN_OPTIONS = {"nonempty"}
+
+
+class MountError(RayfsError):
+    """The mount could not start; the message is the one line shown to the user."""
+
+
+def parse_fuse_options(texts: list[str]) -> dict[str, Any]:
+    """Turn `-o a,b=c` values into keyword arguments for `mfusepy.FUSE`."""
+    options: dict[str, Any] = {}
+    for text in texts:
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            options[key.strip()] = value if sep else True
+    return options
+
+
+def check_mountpoint(path: Path, *, allow_nonempty: bool) -> None:
+    """Raise MountError with the fix when `path` cannot be mounted on."""
+    if not path.exists():
+        raise MountError(f"mount point {path} does not exist: create it with `mkdir -p {path}`")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point: unmount it first with `rayfs unmount {path}`")
+    if not path.is_dir():
+        raise MountError(f"mount point {path} is not a folder")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise MountError(f"mount point {path} is not writable by you: choose a folder you own")
+    if not allow_nonempty and any(path.iterdir()):
+        raise MountError(f"mount point {path} is not empty: choose an empty folder, or pass -o nonempty")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("FUSE is not available (/dev/fuse is missing): install fuse3, e.g. `sudo apt-get install fuse3`")
+    if os.geteuid() != 0 and not shutil.which("fusermount3"):
+        raise MountError("fusermount3 was not found: install fuse3, e.g. `sudo apt-get install fuse3`")
+
+
+def make_client(settings: Settings, **overrides: Any) -> ApiClient:
+    return ApiClient(
+        settings.resolved_api_url(),
+        settings.resolved_token(),
+        settings.client_id,
+        auth_scheme=settings.auth_scheme,
+        **overrides,
+    )
+
+
+def check_credentials(settings: Settings) -> int:
+    """Ask the API for the project list once; return the number of projects or raise MountError."""
+    url = settings.resolved_api_url()
+    client = make_client(settings, max_retries=1)
+    try:
+        return len(client.list_projects())
+    except AuthError as exc:
+        raise MountError(
+            f"the RAYTeams API at {url} rejected the credentials (HTTP {exc.status}): check --token and --client-id"
+        ) from exc
+    except TransportError as exc:
+        raise MountError(f"cannot reach the RAYTeams API at {url}: {exc}") from exc
+    except ApiError as exc:
+        raise MountError(f"the RAYTeams API at {url} answered unexpectedly: {exc}") from exc
+    finally:
+        client.close()
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Return the environment that hands `settings` to a child process (tokens stay out of argv)."""
+    environment = dict(os.environ)
+    for key, value in vars(settings).items():
+        environment["RAYFS_" + key.upper()] = str(value)
+    # The child must read exactly these settings, not the config file again.
+    environment["RAYFS_CONFIG"] = os.devnull
+    return environment
+
+
+def default_log_file(settings: Settings) -> Path:
+    return settings.resolved_cache_dir() / "mount.log"
+
+
+def start_background(settings: Settings, mountpoint: Path, fuse_options: list[str]) -> subprocess.Popen:
+    """Start `rayfs mount -f` in the background and return once it serves, or raise MountError."""
+    log_file = Path(settings.log_file) if settings.log_file else default_log_file(settings)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.log_file = str(log_file)
+
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "rayfs", "mount", str(mountpoint), "-f", "--ready-fd", str(write_end)]
+    for option in fuse_options:
+        command += ["-o", option]
+
+    with open(os.devnull, "rb") as devnull_in, open(os.devnull, "ab") as devnull_out:
+        process = subprocess.Popen(
+            command,
+            env=settings_environment(settings),
+            stdin=devnull_in,
+            stdout=devnull_out,
+            stderr=devnull_out,
+            pass_fds=(write_end,),
+            start_new_session=True,
+        )
+    os.close(write_end)
+
+    try:
+        message = _read_ready(read_end, process)
+    finally:
+        os.close(read_end)
+
+    if message == READY_MESSAGE:
+        return process
+
+    if process.poll() is None:
+        process.terminate()
+    detail = message.decode(errors="replace").strip() or last_error_line(log_file)
+    raise MountError(f"the mount did not start: {detail} (log: {log_file})")
+
+
+def _read_ready(read_end: int, process: subprocess.Popen) -> bytes:
+    deadline = time.monotonic() + READY_TIMEOUT
+    received = b""
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([read_end], [], [], 0.2)
+        if readable:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                return received
+            received += chunk
+            if received.endswith(b"\n"):
+                return received
+        elif process.poll() is not None and not received:
+            return b""
+    return b"timed out waiting for FUSE to start\n"
+
+
+def last_error_line(log_file: Path) -> str:
+    """Return the last ERROR or CRITICAL line of a log file, for a one-line failure message."""
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "the mount process exited"
+    for line in reversed(lines[-200:]):
+        if " ERROR " in line or " CRITICAL " in line:
+            return line.split(": ", 1)[-1]
+    return "the mount process exited"
+
+
+def report_ready(ready_fd: int | None, message: bytes = READY_MESSAGE) -> None:
+    """Tell the waiting `rayfs mount` that the mount serves (or why it does not)."""
+    if ready_fd is None:
+        return
+    try:
+        os.write(ready_fd, message)
+        os.close(ready_fd)
+    except OSError as exc:
+        logger.warning("could not report to the starting process: %s", exc)
+
+
+# Mount state files: which process serves which mount point.
+
+
+def state_dir() -> Path:
+    return cache_home() / "mounts"
+
+
+def state_file(mountpoint: Path) -> Path:
+    """Return the state file of a mount point, which must be an absolute path without symlinks.
+
+    The path is not resolved here: resolving a mounted path asks the mount
+    itself, which deadlocks when called from the mount's own `init` callback.
+    """
+    name = str(mountpoint).encode().hex()[-120:]
+    return state_dir() / f"{name}.json"
+
+
+def write_state(mountpoint: Path, settings: Settings) -> None:
+    path = state_file(mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "mountpoint": str(mountpoint),
+        "pid": os.getpid(),
+        "api_url": settings.resolved_api_url(),
+        "log_file": settings.log_file,
+        "started": time.time(),
+    }
+    path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+def read_states() -> list[dict[str, Any]]:
+    states = []
+    for path in sorted(state_dir().glob("*.json")):
+        try:
+            states.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return states
+
+
+def remove_state(mountpoint: Path) -> None:
+    state_file(mountpoint).unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def unmount(mountpoint: Path) -> None:
+    """Unmount `mountpoint` and wait for its rayfs process to exit; raise MountError on failure."""
+    if not os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+
+    state = next((s for s in read_states() if s.get("mountpoint") == str(mountpoint)), None)
+    command = ["fusermount3", "-u", str(mountpoint)] if shutil.which("fusermount3") else ["umount", str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip()
+        if "busy" in reason.lower():
+            raise MountError(
+                f"{mountpoint} is busy: close the programs and shells using it (`fuser -vm {mountpoint}` lists them), "
+                "then run `rayfs unmount` again"
+            )
+        raise MountError(f"unmounting {mountpoint} failed: {reason or 'exit code ' + str(result.returncode)}")
+
+    if state and isinstance(state.get("pid"), int):
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while process_alive(state["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    remove_state(mountpoint)
+
+
+def require_settings(settings: Settings) -> None:
+    """Raise ConfigError early for settings that cannot work."""
+    settings.resolved_api_url()
+    settings.resolved_token()
+    settings.cache_max_bytes()
+    if settings.auth_scheme not in ("Bearer", "", "token"):
+        raise ConfigError(f"invalid auth_scheme {settings.auth_scheme!r}: use Bearer, token or an empty value")
