@@ -241,11 +241,12 @@ def command_demo(args: argparse.Namespace) -> int:
             "cache_dir": str(cache_home() / "demo-mount"),
         })
         runner.check_credentials(settings)
-        runner.start_background(settings, mountpoint, [])
+        process = runner.start_background(settings, mountpoint, [])
         print_demo_guide(mountpoint, emulator.api_url, settings.log_file)
         wait_for_stop_signal()
         print("\nrayfs demo: unmounting", flush=True)
-        unmount_patiently(mountpoint)
+        if unmount_patiently(mountpoint):
+            process.wait()
     finally:
         emulator.stop()
     print("rayfs demo: stopped", flush=True)
@@ -278,18 +279,18 @@ def wait_for_stop_signal() -> None:
         pass
 
 
-def unmount_patiently(mountpoint: Path) -> None:
-    """Unmount, asking the user to close what keeps the mount busy, until it succeeds."""
+def unmount_patiently(mountpoint: Path) -> bool:
+    """Unmount, asking the user to close what keeps the mount busy; return False if they gave up."""
     while True:
         try:
             runner.unmount(mountpoint)
-            return
+            return True
         except runner.MountError as exc:
             if not os.path.ismount(mountpoint):
-                return
+                return True
             print(f"rayfs demo: {exc}; retrying in 2 seconds (Ctrl-C again to leave it mounted)", flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             if stop.wait(2.0):
                 print(f"rayfs demo: left {mountpoint} mounted; run `rayfs unmount {mountpoint}` later", flush=True)
-                return
+                return False

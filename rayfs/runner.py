@@ -236,13 +236,19 @@ def remove_state(mountpoint: Path) -> None:
 
 
 def process_alive(pid: int) -> bool:
+    """Return True while process `pid` runs; a zombie (exited, not yet reaped) counts as ended."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat_file:
+            return stat_file.read().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def unmount(mountpoint: Path) -> None:
