@@ -51,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(handler=command_mount)
 
-    unmount = commands.add_parser("unmount", help="unmount and wait for the mount process to finish")
+    unmount = commands.add_parser("unmount", help="wait for pending uploads, then unmount")
     unmount.add_argument("mountpoint", type=Path)
+    unmount.add_argument("--no-wait", action="store_true",
+                         help="unmount now; pending uploads stay in the spool for the next mount")
     unmount.set_defaults(handler=command_unmount)
 
-    status = commands.add_parser("status", help="list the mounts of this user")
+    status = commands.add_parser("status", help="list this user's mounts and their pending uploads")
     status.add_argument("mountpoint", type=Path, nargs="?")
     status.set_defaults(handler=command_status)
 
@@ -91,13 +93,16 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="folder for cached attachment bytes and the log (default ~/.cache/rayfs/ACCOUNT)")
     parser.add_argument("--cache-max-size", help="disk space for cached attachment bytes, e.g. 10G (default 10G)")
     parser.add_argument("--log-file", help="log file (default CACHE_DIR/mount.log in the background, stderr with -f)")
+    parser.add_argument("--spool-dir", help="folder for files waiting for upload (default CACHE_DIR/spool)")
+    parser.add_argument("--write-back", type=float,
+                        help="seconds to wait after a new file is closed before uploading it (default 2)")
     parser.add_argument("--debug", dest="log_level", action="store_const", const="DEBUG",
                         help="log every FUSE operation and HTTP request")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     keys = ("api_url", "region", "client_id", "token", "token_file", "auth_scheme", "metadata_ttl",
-            "cache_dir", "cache_max_size", "log_file", "log_level")
+            "cache_dir", "cache_max_size", "log_file", "log_level", "spool_dir", "write_back")
     flags: dict[str, Any] = {key: getattr(args, key, None) for key in keys}
     if flags["api_url"]:
         flags["region"] = ""
@@ -145,10 +150,11 @@ def command_mount(args: argparse.Namespace) -> int:
 
 
 def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[str, Any], *, ready_fd: int | None) -> int:
-    """Serve the mount in this process until it is unmounted."""
+    """Serve the mount in this process until it is unmounted and its uploads are done."""
     from rayfs.mount import RayfsOperations, run_fuse
     from rayfs.store import Store
     from rayfs.tree import Tree
+    from rayfs.uploads import MtimeStore, UploadManager
 
     configure_logging(settings.log_level, settings.log_file, to_stderr=ready_fd is None)
     try:
@@ -156,12 +162,22 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
             runner.check_mountpoint(mountpoint, allow_nonempty="nonempty" in fuse_options)
             runner.check_credentials(settings)
         client = runner.make_client(settings)
+        cache_dir = settings.resolved_cache_dir()
         store = Store(
             client,
-            cache_dir=settings.resolved_cache_dir(),
+            cache_dir=cache_dir,
             account=settings.account_key(),
             metadata_ttl=settings.metadata_ttl,
             content_max_bytes=settings.cache_max_bytes(),
+        )
+        mtimes = MtimeStore(cache_dir / "mtimes.sqlite3")
+        uploads = UploadManager(
+            client,
+            settings.resolved_spool_dir(),
+            mtimes=mtimes,
+            write_back=settings.write_back,
+            on_uploaded=lambda staged, attachment: store.invalidate_project(staged.project_id),
+            status_file=runner.upload_status_file(mountpoint),
         )
     except RayfsError as exc:
         logger.error("%s", exc)
@@ -172,7 +188,24 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
         runner.write_state(mountpoint, settings)
         runner.report_ready(ready_fd)
 
-    operations = RayfsOperations(Tree(store), store, on_ready=on_ready)
+    def on_destroy() -> None:
+        wait = not runner.no_wait_flag(mountpoint).exists()
+        pending = uploads.pending()
+        if pending and wait:
+            logger.info("unmounted; finishing %d pending upload(s) before exiting", len(pending))
+        elif pending:
+            logger.info("unmounted; leaving %d pending upload(s) in %s for the next mount", len(pending), settings.resolved_spool_dir())
+        uploads.close(wait=wait)
+        mtimes.close()
+
+    operations = RayfsOperations(
+        Tree(store, uploads=uploads, mtimes=mtimes),
+        store,
+        uploads,
+        on_ready=on_ready,
+        on_destroy=on_destroy,
+        spool_dir=str(settings.resolved_spool_dir()),
+    )
     options = {key: value for key, value in fuse_options.items() if key not in runner.OWN_OPTIONS}
     logger.info("mounting %s at %s", settings.resolved_api_url(), mountpoint)
     try:
@@ -180,17 +213,18 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
     except RuntimeError as exc:
         logger.error("FUSE failed to mount %s: %s", mountpoint, exc)
         runner.report_ready(ready_fd, f"FUSE failed to mount {mountpoint}: {exc}\n".encode())
+        uploads.close(wait=False)
         return 1
     finally:
         client.close()
         runner.remove_state(mountpoint)
-    logger.info("unmounted %s", mountpoint)
+    logger.info("stopped serving %s", mountpoint)
     return 0
 
 
 def command_unmount(args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint.expanduser().resolve()
-    runner.unmount(mountpoint)
+    runner.unmount(mountpoint, wait=not args.no_wait, report=lambda text: print(f"rayfs: {text}", flush=True))
     print(f"rayfs: unmounted {mountpoint}")
     return 0
 
@@ -203,9 +237,15 @@ def command_status(args: argparse.Namespace) -> int:
         return 0 if wanted is None else 1
 
     for state in states:
-        alive = runner.process_alive(int(state.get("pid", 0))) and os.path.ismount(state.get("mountpoint", ""))
-        print(f"{state.get('mountpoint')}: {'mounted' if alive else 'not running'}, "
+        mountpoint = Path(state.get("mountpoint", ""))
+        alive = runner.process_alive(int(state.get("pid", 0))) and runner.is_mounted(mountpoint)
+        print(f"{mountpoint}: {'mounted' if alive else 'not running'}, "
               f"API {state.get('api_url')}, pid {state.get('pid')}, log {state.get('log_file')}")
+        uploads = runner.read_upload_status(mountpoint)
+        if not uploads:
+            print("  no pending uploads")
+        for upload in uploads:
+            print(f"  {runner.describe_upload(upload)}")
     return 0
 
 
@@ -286,7 +326,7 @@ def unmount_patiently(mountpoint: Path) -> bool:
             runner.unmount(mountpoint)
             return True
         except runner.MountError as exc:
-            if not os.path.ismount(mountpoint):
+            if not runner.is_mounted(mountpoint):
                 return True
             print(f"rayfs demo: {exc}; retrying in 2 seconds (Ctrl-C again to leave it mounted)", flush=True)
             stop = threading.Event()

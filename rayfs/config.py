@@ -56,6 +56,8 @@ class Settings:
     cache_max_size: str = "10G"
     log_file: str = ""
     log_level: str = "INFO"
+    spool_dir: str = ""
+    write_back: float = 2.0
 
     def resolved_api_url(self) -> str:
         """Return the API base URL: `api_url` when set, else the one built from `region`."""
@@ -91,6 +93,11 @@ class Settings:
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
         return cache_home() / self.account_key()
+
+    def resolved_spool_dir(self) -> Path:
+        if self.spool_dir:
+            return Path(self.spool_dir).expanduser()
+        return self.resolved_cache_dir() / "spool"
 
     def cache_max_bytes(self) -> int:
         return parse_size(self.cache_max_size, "cache_max_size")

@@ -23,7 +23,11 @@ in one place, and the CLI turns them into one-line messages.
         ├── IsADirectory            EISDIR
         ├── ReadOnly                EACCES: the mode forbids it
         ├── NotPermitted            EPERM: the API has no call for it
-        └── NoAttribute             ENODATA: no such extended attribute
+        ├── NoAttribute             ENODATA: no such extended attribute
+        ├── AlreadyExists           EEXIST
+        ├── Busy                    EBUSY: the file is being uploaded
+        ├── CrossDevice             EXDEV: a move that must be a copy
+        └── SpoolLocked             another mount uses the upload spool
 
 Retryable errors (`TransportError`, `RateLimited`, `ServerError`) carry
 `retryable = True`; the API client retries them with backoff.
@@ -136,3 +140,19 @@ class NotPermitted(FsError):
 
 class NoAttribute(FsError):
     """The extended attribute does not exist (ENODATA)."""
+
+
+class AlreadyExists(FsError):
+    """An entry with this name exists (EEXIST)."""
+
+
+class Busy(FsError):
+    """The file is being uploaded and cannot change now (EBUSY)."""
+
+
+class CrossDevice(FsError):
+    """A rename out of its project's attachments/ (EXDEV), which `mv` turns into copy and delete."""
+
+
+class SpoolLocked(FsError, ConfigError):
+    """Another rayfs process holds the upload spool's lock."""

@@ -5,11 +5,16 @@ place where exceptions become errno values (`errno_for`); an unexpected
 exception is logged with its traceback and becomes EIO, so no callback error
 ever ends the process.
 
+New files in a project's attachments/ folder go to the uploads layer, which
+stages them on local disk and uploads them in the background.
+
 Caveats:
-- Files cannot be created yet: `attachments/` shows mode 0755 as the contract
-  says, but creating a file there is refused with EACCES until uploads exist.
-- Times set with `touch` or `utimens` are refused (EACCES): records keep the
-  server's times.
+- Times set with `touch` or `utimens` on server records are refused (EACCES):
+  records keep the server's times. Staged files take any time, and keep it
+  after their upload.
+- `chmod` and `chown` of anything in attachments/ (uploaded or not), and
+  `utimens` of an attachments/ folder, succeed and change nothing, because
+  `rsync -a` and `cp -p` call them on every file and folder they copy.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Any, Callable
 
 import mfusepy
 
 from rayfs.errors import (
+    AlreadyExists,
     ApiError,
     AuthError,
+    Busy,
     ConfigError,
+    CrossDevice,
     IsADirectory,
     NoAttribute,
     NoSuchPath,
@@ -40,36 +49,48 @@ from rayfs.errors import (
 )
 from rayfs.store import AttachmentReader, Store
 from rayfs.tree import Entry, Kind, Tree
+from rayfs.tree.tree import split_path
+from rayfs.uploads import UploadManager
 
 logger = logging.getLogger(__name__)
 
 XATTR_MIME_TYPE = "user.mime_type"
 XATTR_ID = "user.rayteams.id"
 XATTR_SK = "user.rayteams.sk"
+XATTR_UPLOAD = "user.rayfs.upload"
+
+# Special nanosecond values libfuse passes to utimens for "now" and "leave unchanged".
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 BLOCK_UNIT = 512
 PREFERRED_IO_SIZE = 128 * 1024
 
 
+# The one errno mapping of the mount, checked in order: the first matching class wins.
+ERRNO_BY_ERROR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    ((NoSuchPath, NotFoundError), errno.ENOENT),
+    (NotADirectory, errno.ENOTDIR),
+    (IsADirectory, errno.EISDIR),
+    (ReadOnly, errno.EACCES),
+    (NotPermitted, errno.EPERM),
+    (NoAttribute, errno.ENODATA),
+    (AlreadyExists, errno.EEXIST),
+    (Busy, errno.EBUSY),
+    (CrossDevice, errno.EXDEV),
+    # The server refused our credentials: to the program this is a permission problem.
+    (AuthError, errno.EACCES),
+    (ConfigError, errno.EINVAL),
+)
+
+
 def errno_for(exc: BaseException) -> int:
-    """Map an exception to the errno that a FUSE callback returns."""
-    if isinstance(exc, (NoSuchPath, NotFoundError)):
-        return errno.ENOENT
-    if isinstance(exc, NotADirectory):
-        return errno.ENOTDIR
-    if isinstance(exc, IsADirectory):
-        return errno.EISDIR
-    if isinstance(exc, ReadOnly):
-        return errno.EACCES
-    if isinstance(exc, NotPermitted):
-        return errno.EPERM
-    if isinstance(exc, NoAttribute):
-        return errno.ENODATA
-    if isinstance(exc, AuthError):
-        # The server refused our credentials: to the program this is a permission problem.
-        return errno.EACCES
-    if isinstance(exc, ConfigError):
-        return errno.EINVAL
+    """Map an exception to the errno that a FUSE callback returns; EIO for anything unexpected."""
+    for error_class, number in ERRNO_BY_ERROR:
+        if isinstance(exc, error_class):
+            return number
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
         return exc.errno
     return errno.EIO
@@ -88,7 +109,7 @@ def _translate(method: Callable) -> Callable:
         except (NoSuchPath, NotFoundError, NoAttribute) as exc:
             logger.debug("%s %r: %s", method.__name__, path, exc)
             raise mfusepy.FuseOSError(errno_for(exc)) from exc
-        except (ReadOnly, NotPermitted, NotADirectory, IsADirectory) as exc:
+        except (ReadOnly, NotPermitted, NotADirectory, IsADirectory, AlreadyExists, Busy, CrossDevice) as exc:
             logger.info("%s %r refused: %s", method.__name__, path, exc)
             raise mfusepy.FuseOSError(errno_for(exc)) from exc
         except (ApiError, RayfsError) as exc:
@@ -102,21 +123,12 @@ def _translate(method: Callable) -> Callable:
 
 
 class OpenFile:
-    """One open file handle: generated content or an attachment reader."""
+    """One open file handle: generated content, an attachment reader or a staged upload."""
 
-    def __init__(self, entry: Entry, reader: AttachmentReader | None):
+    def __init__(self, entry: Entry, reader: AttachmentReader | None = None, upload_handle: int | None = None):
         self.entry = entry
         self.reader = reader
-
-    def read(self, offset: int, size: int) -> bytes:
-        if self.reader is not None:
-            return self.reader.read(offset, size)
-        content = self.entry.content or b""
-        return content[offset : offset + size]
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
+        self.upload_handle = upload_handle
 
 
 class RayfsOperations(mfusepy.Operations):
@@ -124,10 +136,22 @@ class RayfsOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, tree: Tree, store: Store, *, on_ready: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        tree: Tree,
+        store: Store,
+        uploads: UploadManager | None = None,
+        *,
+        on_ready: Callable[[], None] | None = None,
+        on_destroy: Callable[[], None] | None = None,
+        spool_dir: str = "",
+    ):
         self._tree = tree
         self._store = store
+        self._uploads = uploads
         self._on_ready = on_ready
+        self._on_destroy = on_destroy
+        self._spool_dir = spool_dir
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._handles: dict[int, OpenFile] = {}
@@ -137,16 +161,20 @@ class RayfsOperations(mfusepy.Operations):
     # Life cycle
 
     def init(self, path: str) -> None:
+        if self._uploads is not None:
+            self._uploads.start()
         logger.info("mount is ready")
         if self._on_ready is not None:
             self._on_ready()
 
     def destroy(self, path: str) -> None:
-        logger.info("unmounting: saving the content cache")
+        logger.info("unmounted: saving the content cache")
         try:
             self._store.close()
         except Exception:
             logger.exception("saving the content cache failed")
+        if self._on_destroy is not None:
+            self._on_destroy()
 
     # Reading
 
@@ -174,32 +202,75 @@ class RayfsOperations(mfusepy.Operations):
         entry = self._tree.lookup(path)
         if entry.is_dir:
             raise IsADirectory(f"{path} is a folder")
-        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise ReadOnly(f"{path} is read-only: server records and attachments cannot be changed")
 
+        if entry.staged is not None:
+            upload_handle = self._uploads.open(
+                entry.project_id,
+                entry.name,
+                truncate=bool(fi.flags & os.O_TRUNC),
+                write=bool(fi.flags & WRITE_FLAGS),
+            )
+            fi.fh = self._add_handle(OpenFile(entry, upload_handle=upload_handle))
+            fi.keep_cache = 0
+            return 0
+
+        if fi.flags & WRITE_FLAGS:
+            raise ReadOnly(f"{path} is read-only: server records and attachments cannot be changed")
         reader = self._store.open_attachment(entry.attachment) if entry.attachment is not None else None
-        with self._handles_lock:
-            number = next(self._handle_numbers)
-            self._handles[number] = OpenFile(entry, reader)
-        fi.fh = number
+        fi.fh = self._add_handle(OpenFile(entry, reader=reader))
         # Attachments never change, so the kernel may keep their pages across opens.
         fi.keep_cache = 1 if reader is not None else 0
         return 0
 
     @_translate
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        if self._uploads is None:
+            raise ReadOnly(f"cannot create {path}: uploads are turned off")
+        project_id, name = self._tree.upload_target(path)
+        upload_handle = self._uploads.create(project_id, name)
+        entry = self._tree.lookup(path)
+        fi.fh = self._add_handle(OpenFile(entry, upload_handle=upload_handle))
+        return 0
+
+    @_translate
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        with self._handles_lock:
-            handle = self._handles.get(fi.fh)
-        if handle is None:
-            raise mfusepy.FuseOSError(errno.EBADF)
-        return handle.read(offset, size)
+        handle = self._handle(fi.fh)
+        if handle.upload_handle is not None:
+            return self._uploads.read(handle.upload_handle, offset, size)
+        if handle.reader is not None:
+            return handle.reader.read(offset, size)
+        content = handle.entry.content or b""
+        return content[offset : offset + size]
+
+    @_translate
+    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        handle = self._handle(fi.fh)
+        if handle.upload_handle is None:
+            raise ReadOnly(f"cannot write {path}: it is read-only")
+        return self._uploads.write(handle.upload_handle, offset, data)
+
+    @_translate
+    def flush(self, path: str, fi: Any) -> int:
+        handle = self._handle(fi.fh)
+        if handle.upload_handle is not None:
+            # close() waits for this: the bytes are safe in the spool once it returns.
+            self._uploads.flush(handle.upload_handle)
+        return 0
+
+    @_translate
+    def fsync(self, path: str, datasync: int, fi: Any) -> int:
+        return self.flush(path, fi)
 
     @_translate
     def release(self, path: str, fi: Any) -> int:
         with self._handles_lock:
             handle = self._handles.pop(fi.fh, None)
-        if handle is not None:
-            handle.close()
+        if handle is None:
+            return 0
+        if handle.upload_handle is not None:
+            self._uploads.release(handle.upload_handle)
+        elif handle.reader is not None:
+            handle.reader.close()
         return 0
 
     @_translate
@@ -222,23 +293,21 @@ class RayfsOperations(mfusepy.Operations):
 
     @_translate
     def statfs(self, path: str) -> dict[str, int]:
+        # Free space is the spool's: that is where new files go before their upload.
+        spool = os.statvfs(self._spool_dir) if self._spool_dir else None
         return {
             "f_bsize": PREFERRED_IO_SIZE,
-            "f_frsize": BLOCK_UNIT,
-            "f_blocks": 0,
-            "f_bfree": 0,
-            "f_bavail": 0,
+            "f_frsize": spool.f_frsize if spool else BLOCK_UNIT,
+            "f_blocks": spool.f_blocks if spool else 0,
+            "f_bfree": spool.f_bfree if spool else 0,
+            "f_bavail": spool.f_bavail if spool else 0,
             "f_files": 0,
             "f_ffree": 0,
             "f_favail": 0,
             "f_namemax": 255,
         }
 
-    # Changes: refused until uploads exist, with the reason in the log.
-
-    @_translate
-    def create(self, path: str, mode: int, fi: Any = None) -> int:
-        raise ReadOnly(f"cannot create {path}: this version of rayfs cannot upload files")
+    # Changes: staged files change freely; everything else is refused with the reason in the log.
 
     @_translate
     def mkdir(self, path: str, mode: int) -> int:
@@ -246,19 +315,22 @@ class RayfsOperations(mfusepy.Operations):
 
     @_translate
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        raise ReadOnly(f"cannot create {path}: the mount holds only server records")
+        raise ReadOnly(f"cannot create {path}: only regular files can be uploaded")
 
     @_translate
     def symlink(self, target: str, source: str) -> int:
-        raise ReadOnly(f"cannot create symlink {target}: the mount holds only server records")
+        raise ReadOnly(f"cannot create symlink {target}: only regular files can be uploaded")
 
     @_translate
     def link(self, target: str, source: str) -> int:
-        raise ReadOnly(f"cannot create hard link {target}: the mount holds only server records")
+        raise ReadOnly(f"cannot create hard link {target}: only regular files can be uploaded")
 
     @_translate
     def unlink(self, path: str) -> int:
-        self._tree.lookup(path)
+        entry = self._tree.lookup(path)
+        if entry.staged is not None:
+            self._uploads.unlink(entry.project_id, entry.name)
+            return 0
         raise NotPermitted(f"cannot delete {path}: the RAYTeams API has no call to delete records or attachments")
 
     @_translate
@@ -268,32 +340,59 @@ class RayfsOperations(mfusepy.Operations):
 
     @_translate
     def rename(self, old: str, new: str) -> int:
-        self._tree.lookup(old)
-        raise NotPermitted(f"cannot rename {old}: the RAYTeams API has no call to rename records or attachments")
+        entry = self._tree.lookup(old)
+        if entry.staged is None:
+            raise NotPermitted(f"cannot rename {old}: the RAYTeams API has no call to rename records or attachments")
+        if split_path(old)[:-1] != split_path(new)[:-1]:
+            raise CrossDevice(f"cannot move {old} to {new}: a file waiting for upload stays in its attachments/ folder")
 
-    @_translate
-    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        raise ReadOnly(f"cannot write {path}: it is read-only")
+        try:
+            target = self._tree.lookup(new)
+        except NoSuchPath:
+            target = None
+        if target is not None and target.staged is None:
+            raise NotPermitted(f"cannot rename {old} to {new}: uploaded attachments cannot be replaced")
+        if target is None:
+            # Checks the new name as if the file were created under it.
+            self._tree.upload_target(new)
+        self._uploads.rename(entry.project_id, entry.name, split_path(new)[-1])
+        return 0
 
     @_translate
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
-        self._tree.lookup(path)
-        raise ReadOnly(f"cannot truncate {path}: server records and attachments cannot be changed")
+        entry = self._tree.lookup(path)
+        if entry.staged is None:
+            raise ReadOnly(f"cannot truncate {path}: server records and attachments cannot be changed")
+        self._uploads.truncate(entry.project_id, entry.name, length)
+        return 0
 
     @_translate
     def chmod(self, path: str, mode: int) -> int:
-        self._tree.lookup(path)
-        raise ReadOnly(f"cannot change the mode of {path}: modes show what the server allows")
+        if not self._in_attachments(path):
+            raise ReadOnly(f"cannot change the mode of {path}: modes show what the server allows")
+        return 0
 
     @_translate
     def chown(self, path: str, uid: int, gid: int) -> int:
-        self._tree.lookup(path)
-        raise ReadOnly(f"cannot change the owner of {path}")
+        if not self._in_attachments(path):
+            raise ReadOnly(f"cannot change the owner of {path}")
+        return 0
 
     @_translate
     def utimens(self, path: str, times: Any = None) -> int:
-        self._tree.lookup(path)
-        raise ReadOnly(f"cannot set the times of {path}: they are the server's record times")
+        entry = self._tree.lookup(path)
+        if entry.writable_dir:
+            return 0
+        if entry.staged is None:
+            raise ReadOnly(f"cannot set the times of {path}: they are the server's record times")
+
+        mtime_ns = times[1] if times else UTIME_NOW
+        if mtime_ns == UTIME_OMIT:
+            return 0
+        if mtime_ns == UTIME_NOW:
+            mtime_ns = time.time_ns()
+        self._uploads.set_mtime(entry.project_id, entry.name, mtime_ns)
+        return 0
 
     @_translate
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
@@ -329,8 +428,32 @@ class RayfsOperations(mfusepy.Operations):
             "st_ctime": entry.mtime_ns,
         }
 
+    def _in_attachments(self, path: str) -> bool:
+        """Return True for an attachments/ folder of a live project and the files in it."""
+        entry = self._tree.lookup(path)
+        if entry.writable_dir or entry.staged is not None:
+            return True
+        parent = self._tree.lookup(path.rsplit("/", 1)[0] or "/")
+        return entry.attachment is not None and parent.writable_dir
+
+    def _add_handle(self, handle: OpenFile) -> int:
+        with self._handles_lock:
+            number = next(self._handle_numbers)
+            self._handles[number] = handle
+        return number
+
+    def _handle(self, number: int) -> OpenFile:
+        with self._handles_lock:
+            handle = self._handles.get(number)
+        if handle is None:
+            raise mfusepy.FuseOSError(errno.EBADF)
+        return handle
+
     def _xattrs(self, entry: Entry) -> dict[str, str]:
         values = {}
+        if entry.staged is not None:
+            state = entry.staged.state
+            values[XATTR_UPLOAD] = f"failed: {entry.staged.reason}" if state == "failed" else state
         if entry.mime_type:
             values[XATTR_MIME_TYPE] = entry.mime_type
         if entry.project_id:

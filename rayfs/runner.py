@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rayfs.api.client import ApiClient
 from rayfs.config import Settings, cache_home
@@ -54,12 +54,44 @@ def parse_fuse_options(texts: list[str]) -> dict[str, Any]:
     return options
 
 
+def is_mounted(path: Path) -> bool:
+    """Return True when `path` is a mount point, also one whose FUSE process has died.
+
+    `os.path.ismount` cannot tell: stat of a dead FUSE mount fails with ENOTCONN.
+    """
+    wanted = os.path.abspath(path)
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as mounts:
+            for line in mounts:
+                fields = line.split(" ")
+                if len(fields) > 1 and unescape_mount_path(fields[1]) == wanted:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def unescape_mount_path(text: str) -> str:
+    """Decode the octal escapes (`\\040` for a space) of /proc/self/mounts."""
+    raw = text.encode("utf-8", "surrogateescape")
+    decoded = bytearray()
+    index = 0
+    while index < len(raw):
+        if raw[index : index + 1] == b"\\" and raw[index + 1 : index + 4].isdigit():
+            decoded.append(int(raw[index + 1 : index + 4], 8))
+            index += 4
+        else:
+            decoded += raw[index : index + 1]
+            index += 1
+    return decoded.decode("utf-8", "surrogateescape")
+
+
 def check_mountpoint(path: Path, *, allow_nonempty: bool) -> None:
     """Raise MountError with the fix when `path` cannot be mounted on."""
+    if is_mounted(path):
+        raise MountError(f"{path} is already a mount point: unmount it first with `rayfs unmount {path}`")
     if not path.exists():
         raise MountError(f"mount point {path} does not exist: create it with `mkdir -p {path}`")
-    if os.path.ismount(path):
-        raise MountError(f"{path} is already a mount point: unmount it first with `rayfs unmount {path}`")
     if not path.is_dir():
         raise MountError(f"mount point {path} is not a folder")
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
@@ -232,7 +264,8 @@ def read_states() -> list[dict[str, Any]]:
 
 
 def remove_state(mountpoint: Path) -> None:
-    state_file(mountpoint).unlink(missing_ok=True)
+    for path in (state_file(mountpoint), upload_status_file(mountpoint), no_wait_flag(mountpoint)):
+        path.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:
@@ -251,15 +284,69 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def unmount(mountpoint: Path) -> None:
-    """Unmount `mountpoint` and wait for its rayfs process to exit; raise MountError on failure."""
-    if not os.path.ismount(mountpoint):
+def upload_status_file(mountpoint: Path) -> Path:
+    return state_file(mountpoint).with_suffix(".uploads")
+
+
+def no_wait_flag(mountpoint: Path) -> Path:
+    return state_file(mountpoint).with_suffix(".nowait")
+
+
+def read_upload_status(mountpoint: Path) -> list[dict[str, Any]]:
+    """Return the uploads that the mount at `mountpoint` last reported, or [] when it reported none."""
+    try:
+        status = json.loads(upload_status_file(mountpoint).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    uploads = status.get("uploads") if isinstance(status, dict) else None
+    return [upload for upload in uploads or [] if isinstance(upload, dict)]
+
+
+def describe_upload(upload: dict[str, Any]) -> str:
+    size = int(upload.get("size") or 0)
+    sent = int(upload.get("sent") or 0)
+    state = upload.get("state", "?")
+    if state == "uploading" and size:
+        state = f"uploading {100 * sent // size}%"
+    elif state == "failed":
+        state = f"failed: {upload.get('reason', '')}"
+    return f"{upload.get('project_id')}/{upload.get('name')} ({size} bytes) {state}"
+
+
+def wait_for_uploads(mountpoint: Path, report: Callable[[str], None]) -> None:
+    """Wait until the mount at `mountpoint` has no file staged or uploading, reporting progress."""
+    last = None
+    while True:
+        pending = [upload for upload in read_upload_status(mountpoint) if upload.get("state") != "failed"]
+        if not pending:
+            return
+        text = f"waiting for {len(pending)} upload(s): " + "; ".join(describe_upload(upload) for upload in pending[:3])
+        if text != last:
+            report(text)
+            last = text
+        time.sleep(0.5)
+
+
+def unmount(mountpoint: Path, *, wait: bool = True, report: Callable[[str], None] = print) -> None:
+    """Unmount `mountpoint` and wait for its rayfs process to exit; raise MountError on failure.
+
+    With `wait` the pending uploads finish first; without it they stay in the
+    spool, and the next mount of the same account uploads them.
+    """
+    if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
 
     state = next((s for s in read_states() if s.get("mountpoint") == str(mountpoint)), None)
+    running = bool(state) and isinstance(state.get("pid"), int) and process_alive(state["pid"])
+    if running and wait:
+        wait_for_uploads(mountpoint, report)
+    elif running:
+        no_wait_flag(mountpoint).touch()
+
     command = ["fusermount3", "-u", str(mountpoint)] if shutil.which("fusermount3") else ["umount", str(mountpoint)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
+        no_wait_flag(mountpoint).unlink(missing_ok=True)
         reason = result.stderr.strip()
         if "busy" in reason.lower():
             raise MountError(
@@ -268,7 +355,7 @@ def unmount(mountpoint: Path) -> None:
             )
         raise MountError(f"unmounting {mountpoint} failed: {reason or 'exit code ' + str(result.returncode)}")
 
-    if state and isinstance(state.get("pid"), int):
+    if running:
         deadline = time.monotonic() + EXIT_TIMEOUT
         while process_alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -85,11 +85,11 @@ def emulator(tmp_path):
 class Mount:
     """A background `rayfs mount` of an emulator, started through the real CLI."""
 
-    def __init__(self, emulator: Emulator, root: Path, *extra_args: str):
+    def __init__(self, emulator: Emulator, root: Path, *extra_args: str, cache_dir: Path | None = None):
         self.emulator = emulator
         self.path = root / "mnt"
         self.path.mkdir()
-        self.cache_dir = root / "cache"
+        self.cache_dir = cache_dir or root / "cache"
         self.log_file = root / "mount.log"
         self.environment = dict(os.environ)
         self.environment.update(
@@ -119,6 +119,15 @@ class Mount:
             if state["mountpoint"] == str(self.path.resolve()):
                 return state["pid"]
         return None
+
+    def mounted(self) -> bool:
+        """True while the kernel lists the mount, also after its process died."""
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            return any(line.split(" ")[1] == str(self.path) for line in mounts)
+
+    def rayfs(self, *args: str) -> subprocess.CompletedProcess:
+        """Run another rayfs command with this mount's environment."""
+        return subprocess.run([sys.executable, "-m", "rayfs", *args], env=self.environment, capture_output=True, text=True)
 
     def log(self) -> str:
         return self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
@@ -150,10 +159,10 @@ def mount_factory(tmp_path):
     require_fuse()
     mounts: list[Mount] = []
 
-    def start(emulator: Emulator, *extra_args: str, name: str = "m") -> Mount:
+    def start(emulator: Emulator, *extra_args: str, name: str = "m", cache_dir: Path | None = None) -> Mount:
         root = tmp_path / f"mount-{name}-{len(mounts)}"
         root.mkdir()
-        mount = Mount(emulator, root, *extra_args)
+        mount = Mount(emulator, root, *extra_args, cache_dir=cache_dir)
         if mount.start_result.returncode != 0:
             raise AssertionError(f"rayfs mount failed: {mount.start_result.stderr}\n{mount.log()}")
         mounts.append(mount)
@@ -162,7 +171,7 @@ def mount_factory(tmp_path):
     yield start
 
     for mount in mounts:
-        if os.path.ismount(mount.path):
+        if mount.mounted():
             result = mount.unmount()
             assert result.returncode == 0, f"fusermount3 -u failed: {result.stderr}"
 

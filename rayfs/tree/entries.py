@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from rayfs.api.records import Attachment
 
@@ -15,6 +16,8 @@ MODE_FILE = 0o444
 MODE_DIR = 0o555
 MODE_WRITABLE_DIR = 0o755
 MODE_SYMLINK = 0o777
+# A file written into attachments/ that is not uploaded yet: still the user's to change.
+MODE_STAGED = 0o644
 
 
 class Kind(enum.Enum):
@@ -39,9 +42,11 @@ def inode_for(project_id: str, sk: str, role: str) -> int:
 class Entry:
     """One file, folder or symlink of the mount.
 
-    Files carry either `content` (generated JSON or HTML, held in memory) or
-    `attachment` (bytes read through the download link). `mtime_ns` is the
-    record's time in nanoseconds since the epoch.
+    Files carry `content` (generated JSON or HTML, held in memory),
+    `attachment` (bytes read through the download link) or `staged` (a file
+    written into attachments/ and not uploaded yet, a `StagedFile` of the
+    uploads layer). `mtime_ns` is the record's time in nanoseconds since the
+    epoch.
     """
 
     name: str
@@ -56,6 +61,7 @@ class Entry:
     content: bytes | None = field(default=None, repr=False)
     attachment: Attachment | None = None
     target: str = ""
+    staged: Any = None
     # Folders: the number of subfolders, for st_nlink.
     subdirs: int = 0
 

@@ -11,6 +11,9 @@ Caveats:
   because the two API answers contradict each other.
 - Lookups of file-manager probe names are answered from cached listings only,
   so they never cause a request. A probe before the first listing gets ENOENT.
+- A staged file (written into attachments/, not uploaded yet) hides a server
+  attachment of the same name that appears while it waits; after its upload
+  the collision rule names both.
 """
 
 from __future__ import annotations
@@ -19,16 +22,17 @@ import logging
 import mimetypes
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 
 from rayfs.api.records import Attachment, Project, ProjectRecords, Record
-from rayfs.errors import MalformedResponse, NoSuchPath, NotADirectory, NotFoundError
+from rayfs.errors import AlreadyExists, MalformedResponse, NoSuchPath, NotADirectory, NotFoundError, ReadOnly
 from rayfs.tree import names, render
 from rayfs.tree.entries import (
     MODE_DIR,
     MODE_FILE,
+    MODE_STAGED,
     MODE_SYMLINK,
     MODE_WRITABLE_DIR,
     ROOT_INODE,
@@ -63,6 +67,20 @@ MIME_UNKNOWN = "application/octet-stream"
 
 # How many projects keep a built index in memory.
 PROJECT_INDEX_CACHE_SIZE = 256
+
+
+class StagedSource(Protocol):
+    """What the tree needs from the uploads layer: files written into attachments/ and not uploaded yet."""
+
+    def staged(self, project_id: str) -> list[Any]: ...
+
+    def find(self, project_id: str, name: str) -> Any | None: ...
+
+
+class MtimeSource(Protocol):
+    """Modification times that users set on files before they were uploaded, by `(_id, sk)`."""
+
+    def get(self, project_id: str, sk: str) -> int | None: ...
 
 
 class RecordSource(Protocol):
@@ -118,8 +136,12 @@ class ProjectIndex:
 class Tree:
     """Resolves paths of the mount to entries, using a `RecordSource`."""
 
-    def __init__(self, store: RecordSource):
+    def __init__(
+        self, store: RecordSource, *, uploads: StagedSource | None = None, mtimes: MtimeSource | None = None
+    ):
         self._store = store
+        self._uploads = uploads
+        self._mtimes = mtimes
         self._lock = threading.Lock()
         self._root: tuple[list[Project] | None, RootIndex | None] = (None, None)
         self._projects: LRUCache = LRUCache(maxsize=PROJECT_INDEX_CACHE_SIZE)
@@ -158,7 +180,48 @@ class Tree:
             return [self._project_child(project, child, cached_only=False) for child in PROJECT_CHILDREN]
 
         index = self._project_index(project, cached_only=False)
-        return list(index.sections[rest[0]].values())
+        entries = index.sections[rest[0]]
+        if rest[0] != ATTACHMENTS_DIR:
+            return list(entries.values())
+
+        staged = {entry.name: entry for entry in self._staged_entries(project)}
+        return [entry for name, entry in entries.items() if name not in staged] + list(staged.values())
+
+    def upload_target(self, path: str) -> tuple[str, str]:
+        """Return `(project_id, name)` for a new file at `path`, or raise why it cannot be created there.
+
+        New files may only be created in the attachments/ folder of a project
+        that is not in the trash, under a name no server attachment has.
+        """
+        parts = split_path(path)
+        if len(parts) < 2 or parts[-2] != ATTACHMENTS_DIR or parts[0] == BY_ID_DIR:
+            raise ReadOnly(f"cannot create {path}: new files can only go into a project's attachments/ folder")
+        name = parts[-1]
+        if names.is_probe_name(name):
+            raise ReadOnly(f"cannot create {path}: file-manager metadata files are not uploaded")
+        if names.safe_name(name, fallback="invalid name") != name:
+            raise ReadOnly(f"cannot create {path}: the name is not valid for an attachment")
+
+        project, rest = self._project_and_rest(parts[:-1], cached_only=False)
+        if rest != [ATTACHMENTS_DIR] or project.istrash:
+            raise ReadOnly(f"cannot create {path}: projects in the trash are read-only")
+
+        index = self._project_index(project, cached_only=False)
+        attachments = index.sections[ATTACHMENTS_DIR]
+        if name in attachments or names.lookup_key(name) in index.section_keys[ATTACHMENTS_DIR]:
+            raise AlreadyExists(f"{path} is an uploaded attachment and cannot be replaced")
+        return project.id, name
+
+    def _staged_entries(self, project: Project) -> list[Entry]:
+        if self._uploads is None:
+            return []
+        return [staged_entry(staged) for staged in self._uploads.staged(project.id)]
+
+    def _find_staged(self, project: Project, name: str) -> Entry | None:
+        if self._uploads is None:
+            return None
+        staged = self._uploads.find(project.id, name)
+        return staged_entry(staged) if staged is not None else None
 
     # Resolution
 
@@ -183,6 +246,11 @@ class Tree:
             return self._project_child(project, rest[0], cached_only=cached_only)
         if len(rest) > 2 or rest[0] not in SECTION_DIRS:
             raise NoSuchPath(f"no entry {'/'.join(rest)!r} in project {project.id}")
+
+        if rest[0] == ATTACHMENTS_DIR:
+            staged = self._find_staged(project, rest[1])
+            if staged is not None:
+                return staged
 
         index = self._project_index(project, cached_only=cached_only)
         section = index.sections[rest[0]]
@@ -253,7 +321,7 @@ class Tree:
             if cached is not None and cached[0] is records and cached[1] is project:
                 return cached[2]
 
-        index = build_project_index(project, records)
+        index = build_project_index(project, records, mtimes=self._mtimes)
         with self._lock:
             self._projects[project.id] = (records, project, index)
         return index
@@ -323,11 +391,12 @@ class Tree:
 
     def _project_child(self, project: Project, child: str, *, cached_only: bool) -> Entry:
         if child in SECTION_DIRS:
+            writable = child == ATTACHMENTS_DIR and not project.istrash
             return Entry(
                 name=child,
                 kind=Kind.DIR,
                 inode=inode_for(project.id, "", child),
-                mode=MODE_WRITABLE_DIR if child == ATTACHMENTS_DIR else MODE_DIR,
+                mode=MODE_WRITABLE_DIR if writable else MODE_DIR,
                 mtime_ns=millis_to_ns(project.updated),
                 project_id=project.id,
                 mime_type=MIME_DIRECTORY,
@@ -387,7 +456,23 @@ def _assign_project_names(projects: list[Project], *, reserved: set[str]) -> lis
     return [(name, project) for project, name in pairs]
 
 
-def build_project_index(project: Project, records: ProjectRecords) -> ProjectIndex:
+def staged_entry(staged: Any) -> Entry:
+    """Return the entry of a file written into attachments/ that is not uploaded yet."""
+    guessed, _ = mimetypes.guess_type(staged.name, strict=False)
+    return Entry(
+        name=staged.name,
+        kind=Kind.FILE,
+        inode=staged.inode,
+        mode=MODE_STAGED,
+        mtime_ns=staged.mtime_ns,
+        size=staged.size,
+        project_id=staged.project_id,
+        mime_type=guessed or MIME_UNKNOWN,
+        staged=staged,
+    )
+
+
+def build_project_index(project: Project, records: ProjectRecords, *, mtimes: MtimeSource | None = None) -> ProjectIndex:
     """Build the files of one project: info.json, groups.json and the four section folders."""
     info = records.info or project
     updated_ns = millis_to_ns(info.updated)
@@ -432,12 +517,14 @@ def build_project_index(project: Project, records: ProjectRecords) -> ProjectInd
         suffix_of=lambda item: names.stamp(item.sk_time),
         keep_extension=True,
     ):
+        # A time the user set before uploading (rsync -a, cp -p) wins over the server's upload time.
+        kept_mtime_ns = mtimes.get(project.id, attachment.sk) if mtimes is not None else None
         attachments[name] = Entry(
             name=name,
             kind=Kind.FILE,
             inode=inode_for(project.id, attachment.sk, "file"),
             mode=MODE_FILE,
-            mtime_ns=millis_to_ns(attachment.created or attachment.sk_time),
+            mtime_ns=kept_mtime_ns if kept_mtime_ns is not None else millis_to_ns(attachment.created or attachment.sk_time),
             size=attachment.size,
             project_id=project.id,
             sk=attachment.sk,
