@@ -1,7 +1,7 @@
 """The FUSE operations of rayfs: path in, tree or store call, result or errno out.
 
 This module only translates. Every callback runs inside `_translate`, the one
-place where exceptions become errno values (`errno_for`); an unexpected
+place where exceptions become errno values (`errno_for`). An unexpected
 exception is logged with its traceback and becomes EIO, so no callback error
 ever ends the process.
 

@@ -127,7 +127,7 @@ def check_credentials(settings: Settings) -> int:
     except TransportError as exc:
         raise MountError(f"cannot reach the RAYTeams API at {url}: {exc}") from exc
     except ApiError as exc:
-        raise MountError(f"the RAYTeams API at {url} answered unexpectedly: {exc}") from exc
+        raise MountError(f"the RAYTeams API at {url} returned an unexpected response: {exc}") from exc
     finally:
         client.close()
 
@@ -233,8 +233,8 @@ def state_dir() -> Path:
 def state_file(mountpoint: Path) -> Path:
     """Return the state file of a mount point, which must be an absolute path without symlinks.
 
-    The path is not resolved here: resolving a mounted path asks the mount
-    itself, which deadlocks when called from the mount's own `init` callback.
+    The path is not resolved here, because resolving a mounted path sends a
+    request to the mount itself, which deadlocks inside the mount's own `init` callback.
     """
     name = str(mountpoint).encode().hex()[-120:]
     return state_dir() / f"{name}.json"

@@ -1,4 +1,4 @@
-"""What the mount knows about the account: records, download links and cached bytes."""
+"""The mount's view of the account: records, download links and cached bytes."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_METADATA_TTL = 60.0
 DEFAULT_CONTENT_MAX_BYTES = 10 * 1024**3
 
-# The API documents download links as valid for 30 minutes; a cached link is
-# replaced 5 minutes before that, and again whenever the link host refuses it.
+# The API documents download links as valid for 30 minutes. A cached link is
+# replaced 5 minutes before that, and at once when the link host rejects it.
 LINK_REUSE_SECONDS = 25 * 60
 
 # Sequential reads fetch ahead in growing steps, from one block up to this many bytes.

@@ -1,7 +1,7 @@
 """Path logic: the records of `store` as a folder tree.
 
 `Tree` resolves a path to an `Entry` and lists folders. It makes no HTTP
-request itself: it asks the store, which serves from its TTL caches or fetches.
+request itself but calls the store, which serves from its TTL caches or fetches.
 Names are assigned per listing with the collision rule of `names.assign_names`,
 and a listing's index is rebuilt only when the store hands out a new record list.
 
@@ -70,7 +70,7 @@ PROJECT_INDEX_CACHE_SIZE = 256
 
 
 class StagedSource(Protocol):
-    """What the tree needs from the uploads layer: files written into attachments/ and not uploaded yet."""
+    """The uploads layer as the tree uses it: files written into attachments/ and not uploaded yet."""
 
     def staged(self, project_id: str) -> list[Any]: ...
 
@@ -84,7 +84,7 @@ class MtimeSource(Protocol):
 
 
 class RecordSource(Protocol):
-    """What the tree needs from the store.
+    """The store as the tree uses it.
 
     With `cached_only=True` a method returns cached data, stale or not, and
     None when nothing is cached; it never makes a request.
@@ -126,7 +126,7 @@ class RootIndex:
 
 @dataclass
 class ProjectIndex:
-    """The files of one project, built from one `GET /project/{_id}` answer."""
+    """The files of one project, built from one `GET /project/{_id}` response."""
 
     sections: dict[str, dict[str, Entry]]
     section_keys: dict[str, dict[str, str]]
