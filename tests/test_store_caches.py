@@ -101,9 +101,10 @@ class CountingFetch:
         self.data = data
         self.requests: list[tuple[int, int]] = []
 
-    def __call__(self, offset: int, length: int) -> bytes:
+    def __call__(self, offset: int, length: int) -> list[bytes]:
         self.requests.append((offset, length))
-        return self.data[offset : offset + length]
+        piece = self.data[offset : offset + length]
+        return [piece[index : index + 1000] for index in range(0, len(piece), 1000)]
 
 
 def test_read_returns_exact_slice(tmp_path):
@@ -182,3 +183,19 @@ def test_cache_files_are_private(tmp_path):
     cache.read("key", len(data), 0, 10, CountingFetch(data))
     data_file = next((tmp_path / "content").rglob("*.data"))
     assert os.stat(data_file).st_mode & 0o077 == 0
+
+
+def test_failed_fetch_keeps_whole_blocks(tmp_path):
+    data = source(3 * BLOCK_SIZE)
+
+    def breaks_after_one_block(offset: int, length: int):
+        yield data[offset : offset + BLOCK_SIZE + 10]
+        raise ConnectionError("dropped")
+
+    cache = ContentCache(tmp_path, 1 << 30)
+    with pytest.raises(ConnectionError):
+        cache.read("key", len(data), 0, 3 * BLOCK_SIZE, breaks_after_one_block)
+
+    fetch = CountingFetch(data)
+    assert cache.read("key", len(data), 0, 3 * BLOCK_SIZE, fetch) == data
+    assert fetch.requests == [(BLOCK_SIZE, 2 * BLOCK_SIZE)]

@@ -12,6 +12,9 @@ crash the map on disk never claims bytes that did not reach the disk.
 Caveats:
 - Readers of one attachment take turns (one lock per attachment), so two
   threads reading far-apart parts of one file wait for each other's fetches.
+- Read-ahead is synchronous: the read that finds a block missing waits for
+  the whole read-ahead run, and nothing is fetched while cached blocks are
+  served. A background fetcher would overlap the two.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 128 * 1024
 PRESENT = 1
 
-Fetch = Callable[[int, int], bytes]
+# fetch(offset, length) returns the bytes from `offset` as an iterable of chunks,
+# so a large read-ahead is written to disk as it arrives, never held whole.
+Fetch = Callable[[int, int], Iterable[bytes]]
 
 
 class _Item:
@@ -67,7 +72,7 @@ class ContentCache:
         """Return `length` bytes at `offset` of the attachment `key` of `size` bytes.
 
         Missing blocks are fetched with `fetch(offset, length)`, one call per
-        run of adjacent missing blocks. Up to `readahead` bytes after the
+        run of adjacent missing blocks, and written to disk chunk by chunk. Up to `readahead` bytes after the
         requested range are fetched in the same call when they are missing.
         """
         end = min(offset + length, size)
@@ -135,28 +140,39 @@ class ContentCache:
     def _fill(self, key: str, item: _Item, start_block: int, stop_block: int, fetch: Fetch) -> None:
         start = start_block * BLOCK_SIZE
         stop = min((stop_block + 1) * BLOCK_SIZE, item.size)
-        data = fetch(start, stop - start)
+        fd = self._fd(item)
 
-        if len(data) != stop - start:
+        position = start
+        try:
+            for chunk in fetch(start, stop - start):
+                chunk = chunk[: stop - position]
+                os.pwrite(fd, chunk, position)
+                position += len(chunk)
+                if position >= stop:
+                    break
+        finally:
+            # Mark only blocks that arrived whole (the last block of the file may be short),
+            # also when the fetch failed part-way, so the next read resumes after them.
+            self._mark_present(item, start_block, stop_block, position)
+            with self._lock:
+                self._used += position - start
+
+        if position != stop:
             logger.warning(
                 "attachment cache %s: expected %d bytes at offset %d, got %d; the server file is shorter than its record",
                 key,
                 stop - start,
                 start,
-                len(data),
+                position - start,
             )
-        os.pwrite(self._fd(item), data, start)
+        self._evict_if_full(keep=key)
 
-        # Mark only blocks that arrived whole (the last block of the file may be short).
+    def _mark_present(self, item: _Item, start_block: int, stop_block: int, arrived_end: int) -> None:
         for block in range(start_block, stop_block + 1):
             block_end = min((block + 1) * BLOCK_SIZE, item.size)
-            if start + len(data) >= block_end:
+            if arrived_end >= block_end:
                 item.blocks[block] = PRESENT
-        item.dirty = True
-
-        with self._lock:
-            self._used += len(data)
-        self._evict_if_full(keep=key)
+                item.dirty = True
 
     def _persist(self, key: str, item: _Item) -> None:
         if not item.dirty or item.fd is None:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from rayfs.api.downloads import DownloadLink
 from rayfs.api.records import Attachment, Project, ProjectRecords
@@ -94,17 +95,20 @@ class Store:
         identity = f"{self._account}\0{attachment.id}\0{attachment.sk}"
         return hashlib.sha256(identity.encode()).hexdigest()[:40]
 
-    def _fetch_range(self, attachment: Attachment, offset: int, length: int) -> bytes:
+    def _fetch_range(self, attachment: Attachment, offset: int, length: int) -> Iterator[bytes]:
+        """Yield the bytes of an attachment's range in chunks, renewing a refused download link once."""
         link = self._download_link(attachment, renew=False)
         try:
-            return self._api.read_range(link, offset, length)
+            stream = self._api.open_range(link, offset, length)
         except LinkExpired:
             logger.info(
                 "download link for project %s sk %s was refused; fetching a new one", attachment.id, attachment.sk
             )
+            link = self._download_link(attachment, renew=True)
+            stream = self._api.open_range(link, offset, length)
 
-        link = self._download_link(attachment, renew=True)
-        return self._api.read_range(link, offset, length)
+        with stream:
+            yield from stream
 
     def _download_link(self, attachment: Attachment, *, renew: bool) -> DownloadLink:
         key = (attachment.id, attachment.sk)
