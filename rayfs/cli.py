@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RayfsError, ConfigError) as exc:
         print(f"rayfs: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # A folder or file the user named cannot be used: one line, not a traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"rayfs: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -236,17 +241,21 @@ def command_status(args: argparse.Namespace) -> int:
         print("rayfs: no mounts" if wanted is None else f"rayfs: {wanted} is not mounted by rayfs")
         return 0 if wanted is None else 1
 
+    all_alive = True
     for state in states:
         mountpoint = Path(state.get("mountpoint", ""))
         alive = runner.process_alive(int(state.get("pid", 0))) and runner.is_mounted(mountpoint)
+        all_alive = all_alive and alive
         print(f"{mountpoint}: {'mounted' if alive else 'not running'}, "
               f"API {state.get('api_url')}, pid {state.get('pid')}, log {state.get('log_file')}")
+        if not alive and runner.is_mounted(mountpoint):
+            print(f"  the mount process has ended: run `rayfs unmount {mountpoint}`, then mount again")
         uploads = runner.read_upload_status(mountpoint)
         if not uploads:
             print("  no pending uploads")
         for upload in uploads:
             print(f"  {runner.describe_upload(upload)}")
-    return 0
+    return 0 if all_alive or wanted is None else 1
 
 
 def command_emulator(args: argparse.Namespace) -> int:
@@ -262,7 +271,10 @@ def command_demo(args: argparse.Namespace) -> int:
     from rayfs.emulator import DEMO_CLIENT_ID, DEMO_TOKEN, run_in_thread
 
     configure_logging("WARNING", "", to_stderr=True)
-    mountpoint = args.mountpoint.expanduser().resolve()
+    mountpoint = args.mountpoint.expanduser().absolute()
+    if runner.is_mounted(mountpoint):
+        raise runner.MountError(f"{mountpoint} is still mounted: run `rayfs unmount {mountpoint}` first")
+    mountpoint = mountpoint.resolve()
     if not mountpoint.exists():
         mountpoint.mkdir(parents=True)
     runner.check_mountpoint(mountpoint, allow_nonempty=False)
@@ -304,7 +316,7 @@ Try, in another terminal:
   ls {mountpoint}
   tree -L 2 {mountpoint}
   cat {mountpoint}/.trash/project-1110201/info.json
-  rsync -a {mountpoint}/ /tmp/rayteams-copy/
+  rsync -a {mountpoint}/ /tmp/rayteams-archive/
 
 Press Ctrl-C here to unmount and stop.""",
         flush=True,
@@ -328,7 +340,9 @@ def unmount_patiently(mountpoint: Path) -> bool:
         except runner.MountError as exc:
             if not runner.is_mounted(mountpoint):
                 return True
-            print(f"rayfs demo: {exc}; retrying in 2 seconds (Ctrl-C again to leave it mounted)", flush=True)
+            print(f"rayfs demo: {mountpoint} is busy; close the programs and shells using it. "
+                  "Trying again every 2 seconds; press Ctrl-C again to leave it mounted (without the emulator)",
+                  flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             if stop.wait(2.0):

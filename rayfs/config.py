@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import stat
+import urllib.parse
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,6 +65,13 @@ class Settings:
         if self.api_url:
             if not self.api_url.startswith(("http://", "https://")):
                 raise ConfigError(f"invalid API URL {self.api_url!r}: it must start with http:// or https://")
+            try:
+                parsed = urllib.parse.urlsplit(self.api_url)
+                parsed.port
+            except ValueError as exc:
+                raise ConfigError(f"invalid API URL {self.api_url!r}: {exc}") from exc
+            if not parsed.hostname:
+                raise ConfigError(f"invalid API URL {self.api_url!r}: it names no host")
             return self.api_url.rstrip("/")
         if self.region:
             return base_url_for_region(self.region)

@@ -180,6 +180,11 @@ class RayfsOperations(mfusepy.Operations):
 
     @_translate
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        # fstat() of an open file describes that file, even if a listing refresh moved its name elsewhere.
+        with self._handles_lock:
+            handle = self._handles.get(fh.fh) if fh is not None else None
+        if handle is not None and handle.upload_handle is None:
+            return self._attributes(handle.entry)
         return self._attributes(self._tree.lookup(path))
 
     @_translate
@@ -336,7 +341,7 @@ class RayfsOperations(mfusepy.Operations):
     @_translate
     def rmdir(self, path: str) -> int:
         self._tree.lookup(path)
-        raise NotPermitted(f"cannot delete folder {path}: the RAYTeams API has no call to delete projects")
+        raise NotPermitted(f"cannot delete folder {path}: its contents come from the server, and the RAYTeams API has no call to delete them")
 
     @_translate
     def rename(self, old: str, new: str) -> int:
@@ -450,7 +455,10 @@ class RayfsOperations(mfusepy.Operations):
         return handle
 
     def _xattrs(self, entry: Entry) -> dict[str, str]:
-        values = {}
+        values: dict[str, str] = {}
+        if entry.kind is Kind.SYMLINK:
+            # Linux allows no user.* attributes on symlinks, so listing any would break `rsync -X`.
+            return values
         if entry.staged is not None:
             state = entry.staged.state
             values[XATTR_UPLOAD] = f"failed: {entry.staged.reason}" if state == "failed" else state

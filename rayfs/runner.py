@@ -149,7 +149,10 @@ def default_log_file(settings: Settings) -> Path:
 def start_background(settings: Settings, mountpoint: Path, fuse_options: list[str]) -> subprocess.Popen:
     """Start `rayfs mount -f` in the background and return once it serves, or raise MountError."""
     log_file = Path(settings.log_file) if settings.log_file else default_log_file(settings)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MountError(f"cannot create the folder of log file {log_file}: {exc.strerror}; pass --log-file or --cache-dir") from exc
     settings.log_file = str(log_file)
 
     read_end, write_end = os.pipe()
@@ -334,6 +337,9 @@ def unmount(mountpoint: Path, *, wait: bool = True, report: Callable[[str], None
     spool, and the next mount of the same account uploads them.
     """
     if not is_mounted(mountpoint):
+        remove_state(mountpoint)
+        if not os.path.lexists(mountpoint):
+            raise MountError(f"{mountpoint} does not exist")
         raise MountError(f"{mountpoint} is not mounted")
 
     state = next((s for s in read_states() if s.get("mountpoint") == str(mountpoint)), None)

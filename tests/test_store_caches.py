@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -29,19 +30,51 @@ def test_fresh_value_is_not_fetched_again():
     assert len(calls) == 1
 
 
-def test_expired_value_is_fetched_again():
+def wait_for(condition) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        time.sleep(0.005)
+    raise AssertionError("the background refresh did not finish")
+
+
+def test_expired_value_served_while_refreshing():
     clock = Clock()
     cache = MetadataCache(60, timer=clock)
     cache.get("k", lambda: "v1")
     clock.now += 61
+
+    assert cache.get("k", lambda: "v2") == "v1"
+    wait_for(lambda: cache.get("k", lambda: "v3") == "v2")
+
+
+def test_failed_refresh_keeps_stale_value():
+    clock = Clock()
+    cache = MetadataCache(60, timer=clock)
+    cache.get("k", lambda: "v1")
+    clock.now += 61
+    calls = []
+
+    def failing():
+        calls.append(1)
+        raise ServerError("HTTP 503", status=503)
+
+    assert cache.get("k", failing) == "v1"
+    wait_for(lambda: calls)
+    wait_for(lambda: cache.get("k", failing) == "v1" and len(calls) == 1)
+
+
+def test_invalidated_value_is_fetched_while_waiting():
+    cache = MetadataCache(60)
+    cache.get("k", lambda: "v1")
+    cache.invalidate("k")
     assert cache.get("k", lambda: "v2") == "v2"
 
 
-def test_stale_value_served_when_server_fails():
-    clock = Clock()
-    cache = MetadataCache(60, timer=clock)
+def test_invalidated_value_falls_back_when_server_fails():
+    cache = MetadataCache(60)
     cache.get("k", lambda: "v1")
-    clock.now += 61
+    cache.invalidate("k")
 
     def failing():
         raise ServerError("HTTP 503", status=503)
@@ -49,11 +82,8 @@ def test_stale_value_served_when_server_fails():
     assert cache.get("k", failing) == "v1"
 
 
-def test_auth_error_is_not_hidden_by_stale_value():
-    clock = Clock()
-    cache = MetadataCache(60, timer=clock)
-    cache.get("k", lambda: "v1")
-    clock.now += 61
+def test_auth_error_raised_without_stale_value():
+    cache = MetadataCache(60)
 
     def rejected():
         raise AuthError("HTTP 401", status=401)
