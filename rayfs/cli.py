@@ -176,8 +176,10 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
             content_max_bytes=settings.cache_max_bytes(),
         )
         mtimes = MtimeStore(cache_dir / "mtimes.sqlite3")
+        # The upload manager retries with its own backoff; client retries under it would resend whole files.
+        upload_client = runner.make_client(settings, max_retries=0)
         uploads = UploadManager(
-            client,
+            upload_client,
             settings.resolved_spool_dir(),
             mtimes=mtimes,
             write_back=settings.write_back,
@@ -189,11 +191,20 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
         runner.report_ready(ready_fd, f"{exc}\n".encode())
         raise
 
+    stopping = threading.Event()
+
     def on_ready() -> None:
         runner.write_state(mountpoint, settings)
+        threading.Thread(
+            target=runner.watch_upload_requests,
+            args=(mountpoint, uploads.wait_idle, stopping.is_set),
+            name="upload requests",
+            daemon=True,
+        ).start()
         runner.report_ready(ready_fd)
 
     def on_destroy() -> None:
+        stopping.set()
         wait = not runner.no_wait_flag(mountpoint).exists()
         pending = uploads.pending()
         if pending and wait:
@@ -222,6 +233,7 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
         return 1
     finally:
         client.close()
+        upload_client.close()
         runner.remove_state(mountpoint)
     logger.info("stopped serving %s", mountpoint)
     return 0

@@ -27,6 +27,7 @@ in one place, and the CLI turns them into one-line messages.
         ├── AlreadyExists           EEXIST
         ├── Busy                    EBUSY: the file is being uploaded
         ├── CrossDevice             EXDEV: a move that must be a copy
+        ├── NotSupported            ENOTSUP: the mount has no such feature
         └── SpoolLocked             another mount uses the upload spool
 
 Retryable errors (`TransportError`, `RateLimited`, `ServerError`) carry
@@ -156,3 +157,7 @@ class CrossDevice(FsError):
 
 class SpoolLocked(FsError, ConfigError):
     """Another rayfs process holds the upload spool's lock."""
+
+
+class NotSupported(FsError):
+    """The mount has no such feature (ENOTSUP), which copying tools skip quietly."""

@@ -44,6 +44,7 @@ from rayfs.errors import (
     NotADirectory,
     NotFoundError,
     NotPermitted,
+    NotSupported,
     ReadOnly,
     RayfsError,
 )
@@ -80,6 +81,7 @@ ERRNO_BY_ERROR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...
     (AlreadyExists, errno.EEXIST),
     (Busy, errno.EBUSY),
     (CrossDevice, errno.EXDEV),
+    (NotSupported, errno.ENOTSUP),
     # The server refused our credentials: to the program this is a permission problem.
     (AuthError, errno.EACCES),
     (ConfigError, errno.EINVAL),
@@ -96,6 +98,11 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+def one_line(exc: BaseException) -> str:
+    """Return an error message with line breaks escaped, so a file name cannot split or forge log lines."""
+    return str(exc).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _translate(method: Callable) -> Callable:
     """Run a FUSE callback, turning every exception into a `FuseOSError`."""
 
@@ -107,13 +114,13 @@ def _translate(method: Callable) -> Callable:
         except mfusepy.FuseOSError:
             raise
         except (NoSuchPath, NotFoundError, NoAttribute) as exc:
-            logger.debug("%s %r: %s", method.__name__, path, exc)
+            logger.debug("%s %r: %s", method.__name__, path, one_line(exc))
             raise mfusepy.FuseOSError(errno_for(exc)) from exc
-        except (ReadOnly, NotPermitted, NotADirectory, IsADirectory, AlreadyExists, Busy, CrossDevice) as exc:
-            logger.info("%s %r refused: %s", method.__name__, path, exc)
+        except (ReadOnly, NotPermitted, NotADirectory, IsADirectory, AlreadyExists, Busy, CrossDevice, NotSupported) as exc:
+            logger.info("%s %r rejected: %s", method.__name__, path, one_line(exc))
             raise mfusepy.FuseOSError(errno_for(exc)) from exc
         except (ApiError, RayfsError) as exc:
-            logger.warning("%s %r failed: %s", method.__name__, path, exc)
+            logger.warning("%s %r failed: %s", method.__name__, path, one_line(exc))
             raise mfusepy.FuseOSError(errno_for(exc)) from exc
         except Exception as exc:
             logger.exception("%s %r failed unexpectedly", method.__name__, path)
@@ -168,6 +175,20 @@ class RayfsOperations(mfusepy.Operations):
             self._on_ready()
 
     def destroy(self, path: str) -> None:
+        # A RELEASE still queued when the loop stopped never arrives: close those handles here,
+        # or their files would count as open for writing and never upload.
+        with self._handles_lock:
+            leftover = list(self._handles.values())
+            self._handles.clear()
+        for handle in leftover:
+            try:
+                if handle.upload_handle is not None:
+                    self._uploads.release(handle.upload_handle)
+                elif handle.reader is not None:
+                    handle.reader.close()
+            except Exception:
+                logger.exception("closing a file left open at unmount failed: %s", handle.entry.name)
+
         logger.info("unmounted: saving the content cache")
         try:
             self._store.close()
@@ -399,15 +420,17 @@ class RayfsOperations(mfusepy.Operations):
         self._uploads.set_mtime(entry.project_id, entry.name, mtime_ns)
         return 0
 
+    # ENOTSUP, not EACCES: `cp -p`, `cp -a` and `mv` copy ACLs and xattrs and skip them
+    # quietly only on ENOTSUP.
     @_translate
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self._tree.lookup(path)
-        raise ReadOnly(f"cannot set attribute {name} on {path}: attributes come from the server")
+        raise NotSupported(f"cannot set attribute {name} on {path}: attributes come from the server")
 
     @_translate
     def removexattr(self, path: str, name: str) -> int:
         self._tree.lookup(path)
-        raise ReadOnly(f"cannot remove attribute {name} from {path}: attributes come from the server")
+        raise NotSupported(f"cannot remove attribute {name} from {path}: attributes come from the server")
 
     # Helpers
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from rayfs.api.client import ApiClient
 from rayfs.config import Settings, cache_home
 from rayfs.errors import ApiError, AuthError, ConfigError, RayfsError, TransportError
+from rayfs.uploads.staged import is_temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def read_states() -> list[dict[str, Any]]:
 
 
 def remove_state(mountpoint: Path) -> None:
-    for path in (state_file(mountpoint), upload_status_file(mountpoint), no_wait_flag(mountpoint)):
+    for path in (state_file(mountpoint), upload_status_file(mountpoint), no_wait_flag(mountpoint), upload_now_flag(mountpoint)):
         path.unlink(missing_ok=True)
 
 
@@ -295,6 +296,22 @@ def no_wait_flag(mountpoint: Path) -> Path:
     return state_file(mountpoint).with_suffix(".nowait")
 
 
+def upload_now_flag(mountpoint: Path) -> Path:
+    """Return the file whose creation asks the mount process to upload every staged file now."""
+    return state_file(mountpoint).with_suffix(".upload-now")
+
+
+def watch_upload_requests(mountpoint: Path, upload_now: Callable[[], None], stop: Callable[[], bool]) -> None:
+    """Call `upload_now` whenever `rayfs unmount` creates the upload-now flag; runs in the mount process."""
+    flag = upload_now_flag(mountpoint)
+    while not stop():
+        if flag.exists():
+            flag.unlink(missing_ok=True)
+            logger.info("rayfs unmount asked to upload every staged file now")
+            upload_now()
+        time.sleep(0.5)
+
+
 def read_upload_status(mountpoint: Path) -> list[dict[str, Any]]:
     """Return the uploads that the mount at `mountpoint` last reported, or [] when it reported none."""
     try:
@@ -317,11 +334,27 @@ def describe_upload(upload: dict[str, Any]) -> str:
 
 
 def wait_for_uploads(mountpoint: Path, report: Callable[[str], None]) -> None:
-    """Wait until the mount at `mountpoint` has no file staged or uploading, reporting progress."""
+    """Ask the mount at `mountpoint` to upload now and wait until no file is staged or uploading.
+
+    Failed uploads and rsync's temporary files are not waited for; they stay
+    in the spool, and the report says so.
+    """
+    upload_now_flag(mountpoint).touch()
     last = None
     while True:
-        pending = [upload for upload in read_upload_status(mountpoint) if upload.get("state") != "failed"]
+        uploads = read_upload_status(mountpoint)
+        pending = [
+            upload
+            for upload in uploads
+            if upload.get("state") != "failed" and not is_temporary_name(str(upload.get("name", "")))
+        ]
         if not pending:
+            left = [upload for upload in uploads if upload not in pending]
+            if left:
+                report(
+                    f"{len(left)} file(s) stay in the spool for the next mount: "
+                    + "; ".join(describe_upload(upload) for upload in left[:5])
+                )
             return
         text = f"waiting for {len(pending)} upload(s): " + "; ".join(describe_upload(upload) for upload in pending[:3])
         if text != last:

@@ -231,7 +231,8 @@ def test_second_mount_on_same_spool_is_refused(emulator, mount_factory, tmp_path
 
 
 def test_unmount_waits_for_uploads(emulator, mount_factory):
-    mount = mount_factory(emulator, "--write-back", "1")
+    # A write-back delay far beyond the test: unmount must start the upload itself.
+    mount = mount_factory(emulator, "--write-back", "3600")
     (mount.path / "KO-0005" / "attachments" / "last.stl").write_bytes(b"z" * 50_000)
 
     result = mount.rayfs("unmount", str(mount.path))
@@ -298,3 +299,42 @@ def test_server_attachments_refuse_changes(upload_mount):
         open(upload_mount.path / "KO-0005" / "memos" / "new.json", "w")
     with pytest.raises(PermissionError):
         open(upload_mount.path / ".trash" / "project-1110201" / "attachments" / "new.stl", "w")
+
+
+def test_sigterm_finishes_uploads_first(emulator, mount_factory):
+    mount = mount_factory(emulator, "--write-back", "3600")
+    (mount.path / "KO-0005" / "attachments" / "before-stop.stl").write_bytes(b"s" * 20_000)
+    pid = mount.pid
+
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not _pid_alive(pid), "the mount process to exit after SIGTERM")
+
+    assert "before-stop.stl" in server_attachments(emulator)
+    assert spool_files(mount) == []
+    assert not mount.mounted()
+
+
+def test_cp_preserving_attributes_succeeds(upload_mount, emulator, tmp_path):
+    source = tmp_path / "kept.stl"
+    source.write_bytes(b"k" * 1000)
+    os.utime(source, ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+
+    result = subprocess.run(["cp", "-a", str(source), str(upload_mount.path / "KO-0005" / "attachments")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    wait_for_server_names(emulator, {"kept.stl"})
+
+
+def test_rsync_temporary_file_is_held(emulator, mount_factory):
+    mount = mount_factory(emulator, "--write-back", "0.1")
+    folder = mount.path / "KO-0005" / "attachments"
+    (folder / ".scan.stl.Ab12Cd").write_bytes(b"partial")
+    (folder / "marker.txt").write_bytes(b"m")
+
+    wait_for_server_names(emulator, {"marker.txt"})
+    assert ".scan.stl.Ab12Cd" not in server_attachments(emulator)
+    assert os.getxattr(folder / ".scan.stl.Ab12Cd", "user.rayfs.upload") == b"staged"
+
+    os.rename(folder / ".scan.stl.Ab12Cd", folder / "scan.stl")
+    found = wait_for_server_names(emulator, {"scan.stl"})
+    assert emulator.download(KO, found["scan.stl"]["sk"]) == b"partial"

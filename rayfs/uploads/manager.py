@@ -33,7 +33,14 @@ from rayfs.tree.names import lookup_key
 from rayfs.uploads.failures import backoff_delay, describe, is_permanent
 from rayfs.uploads.mtimes import MtimeStore
 from rayfs.uploads.spool import Spool, new_upload_id
-from rayfs.uploads.staged import STATE_FAILED, STATE_STAGED, STATE_UPLOADING, StagedEntry, StagedFile
+from rayfs.uploads.staged import (
+    STATE_FAILED,
+    STATE_STAGED,
+    STATE_UPLOADING,
+    StagedEntry,
+    StagedFile,
+    is_temporary_name,
+)
 from rayfs.uploads.status import StatusFile
 
 if TYPE_CHECKING:
@@ -625,7 +632,7 @@ class UploadManager:
         """
         wait = None
         for entry in self._entries.values():
-            if entry.state != STATE_STAGED or entry.writers:
+            if entry.state != STATE_STAGED or entry.writers or is_temporary_name(entry.name):
                 continue
 
             ready_at = entry.retry_at if self._urgent else max(entry.retry_at, entry.due)
@@ -801,7 +808,9 @@ class UploadManager:
         """Return True while a file is staged or uploading; the caller holds _lock."""
         if self._current is not None:
             return True
-        return any(entry.state != STATE_FAILED for entry in self._entries.values())
+        return any(
+            entry.state != STATE_FAILED and not is_temporary_name(entry.name) for entry in self._entries.values()
+        )
 
     def close(self, *, wait: bool) -> None:
         """Stop the worker and release the spool's lock.

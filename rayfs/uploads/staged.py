@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +18,19 @@ STATES = (STATE_STAGED, STATE_UPLOADING, STATE_FAILED)
 
 # Inode numbers 0 and 1 mean "no inode" and "the mount's root" to FUSE.
 MIN_INODE = 2
+
+# rsync writes into ".NAME.XXXXXX" and renames it to NAME when the copy is complete.
+RSYNC_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.DOTALL)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Return True for rsync's temporary file names, which are held back until renamed.
+
+    An rsync that dies mid-copy leaves such a file behind; uploading it would
+    make a partial copy a permanent attachment, so it stays in the spool
+    until it is renamed (then it uploads) or deleted.
+    """
+    return bool(RSYNC_TEMPORARY_NAME.match(name))
 
 
 def inode_for(upload_id: str) -> int:
