@@ -247,11 +247,11 @@ def command_unmount(args: argparse.Namespace) -> int:
 
 
 def command_status(args: argparse.Namespace) -> int:
-    wanted = str(args.mountpoint.expanduser().resolve()) if args.mountpoint else None
-    states = [state for state in runner.read_states() if wanted in (None, state.get("mountpoint"))]
+    requested = str(args.mountpoint.expanduser().resolve()) if args.mountpoint else None
+    states = [state for state in runner.read_states() if requested in (None, state.get("mountpoint"))]
     if not states:
-        print("rayfs: no mounts" if wanted is None else f"rayfs: {wanted} is not mounted by rayfs")
-        return 0 if wanted is None else 1
+        print("rayfs: no mounts" if requested is None else f"rayfs: {requested} is not mounted by rayfs")
+        return 0 if requested is None else 1
 
     all_alive = True
     for state in states:
@@ -267,7 +267,7 @@ def command_status(args: argparse.Namespace) -> int:
             print("  no pending uploads")
         for upload in uploads:
             print(f"  {runner.describe_upload(upload)}")
-    return 0 if all_alive or wanted is None else 1
+    return 0 if all_alive or requested is None else 1
 
 
 def command_emulator(args: argparse.Namespace) -> int:

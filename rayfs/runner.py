@@ -60,12 +60,12 @@ def is_mounted(path: Path) -> bool:
 
     `os.path.ismount` cannot tell: stat of a dead FUSE mount fails with ENOTCONN.
     """
-    wanted = os.path.abspath(path)
+    target = os.path.abspath(path)
     try:
         with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as mounts:
             for line in mounts:
                 fields = line.split(" ")
-                if len(fields) > 1 and unescape_mount_path(fields[1]) == wanted:
+                if len(fields) > 1 and unescape_mount_path(fields[1]) == target:
                     return True
     except OSError:
         return os.path.ismount(path)
@@ -297,7 +297,7 @@ def no_wait_flag(mountpoint: Path) -> Path:
 
 
 def upload_now_flag(mountpoint: Path) -> Path:
-    """Return the file whose creation asks the mount process to upload every staged file now."""
+    """Return the flag file that requests the mount process to upload every staged file now."""
     return state_file(mountpoint).with_suffix(".upload-now")
 
 
@@ -336,8 +336,8 @@ def describe_upload(upload: dict[str, Any]) -> str:
 def wait_for_uploads(mountpoint: Path, report: Callable[[str], None]) -> None:
     """Ask the mount at `mountpoint` to upload now and wait until no file is staged or uploading.
 
-    Failed uploads and rsync's temporary files are not waited for; they stay
-    in the spool, and the report says so.
+    Failed uploads and rsync's temporary files are not waited for. They stay
+    in the spool, and the report lists them.
     """
     upload_now_flag(mountpoint).touch()
     last = None

@@ -26,7 +26,7 @@ RSYNC_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9]{6}$", re.DOTALL)
 def is_temporary_name(name: str) -> bool:
     """Return True for rsync's temporary file names, which are held back until renamed.
 
-    An rsync that dies mid-copy leaves such a file behind; uploading it would
+    An rsync that dies mid-copy leaves such a file behind. Uploading it would
     make a partial copy a permanent attachment, so it stays in the spool
     until it is renamed (then it uploads) or deleted.
     """
