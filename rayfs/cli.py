@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RayfsError, ConfigError) as exc:
         print(f"rayfs: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of our output went away (`rayfs status | head -1`): nothing left to say.
+        # Point stdout at /dev/null so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # A folder or file the user named cannot be used: one line, not a traceback.
         where = f" {exc.filename}" if exc.filename else ""
@@ -186,9 +191,10 @@ def serve_foreground(settings: Settings, mountpoint: Path, fuse_options: dict[st
             on_uploaded=lambda staged, attachment: store.invalidate_project(staged.project_id),
             status_file=runner.upload_status_file(mountpoint),
         )
-    except RayfsError as exc:
-        logger.error("%s", exc)
-        runner.report_ready(ready_fd, f"{exc}\n".encode())
+    except (RayfsError, OSError) as exc:
+        message = str(exc) if isinstance(exc, RayfsError) else f"cannot use {exc.filename}: {exc.strerror or exc}"
+        logger.error("%s", message)
+        runner.report_ready(ready_fd, f"{message}\n".encode())
         raise
 
     stopping = threading.Event()

@@ -326,10 +326,15 @@ def describe_upload(upload: dict[str, Any]) -> str:
     size = int(upload.get("size") or 0)
     sent = int(upload.get("sent") or 0)
     state = upload.get("state", "?")
-    if state == "uploading" and size:
+    reason = upload.get("reason") or ""
+    if is_temporary_name(str(upload.get("name", ""))):
+        state = "held: an rsync temporary file, uploaded only once renamed"
+    elif state == "uploading" and size:
         state = f"uploading {100 * sent // size}%"
     elif state == "failed":
-        state = f"failed: {upload.get('reason', '')}"
+        state = f"failed: {reason}"
+    elif reason:
+        state = f"staged, retrying after: {reason}"
     return f"{upload.get('project_id')}/{upload.get('name')} ({size} bytes) {state}"
 
 
@@ -358,6 +363,9 @@ def wait_for_uploads(mountpoint: Path, report: Callable[[str], None]) -> None:
             return
         text = f"waiting for {len(pending)} upload(s): " + "; ".join(describe_upload(upload) for upload in pending[:3])
         if text != last:
+            if last is None:
+                report("uploading pending files before unmounting (Ctrl-C stops waiting and keeps them in the spool; "
+                       "`rayfs unmount --no-wait` unmounts at once)")
             report(text)
             last = text
         time.sleep(0.5)
@@ -381,6 +389,10 @@ def unmount(mountpoint: Path, *, wait: bool = True, report: Callable[[str], None
         wait_for_uploads(mountpoint, report)
     elif running:
         no_wait_flag(mountpoint).touch()
+        left = read_upload_status(mountpoint)
+        if left:
+            report(f"{len(left)} file(s) stay in the spool for the next mount: "
+                   + "; ".join(describe_upload(upload) for upload in left[:5]))
 
     command = ["fusermount3", "-u", str(mountpoint)] if shutil.which("fusermount3") else ["umount", str(mountpoint)]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -406,5 +418,8 @@ def require_settings(settings: Settings) -> None:
     settings.resolved_api_url()
     settings.resolved_token()
     settings.cache_max_bytes()
+    for name, folder in (("cache_dir", settings.resolved_cache_dir()), ("spool_dir", settings.resolved_spool_dir())):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"invalid {name} {folder}: it is a file, not a folder")
     if settings.auth_scheme not in ("Bearer", "", "token"):
         raise ConfigError(f"invalid auth_scheme {settings.auth_scheme!r}: use Bearer, token or an empty value")

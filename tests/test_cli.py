@@ -103,3 +103,23 @@ def test_by_id_links_have_no_xattrs(seed_mount):
 def test_unknown_mountpoint_reports(tmp_path, command):
     result = rayfs(*command, str(tmp_path / "never-mounted"), home=tmp_path)
     assert result.returncode == 1
+
+
+def test_status_into_closed_pipe_is_quiet(tmp_path):
+    environment = dict(os.environ, RAYFS_CONFIG=os.devnull, XDG_CACHE_HOME=str(tmp_path))
+    result = subprocess.run(
+        f"{sys.executable} -m rayfs status | true; echo ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, env=environment,
+    )
+    assert result.stdout.strip() == "0"
+    assert result.stderr == ""
+
+
+def test_cache_dir_file_with_log_file_is_explained(emulator, tmp_path):
+    (tmp_path / "mnt").mkdir()
+    blocker = tmp_path / "cachefile"
+    blocker.write_text("x")
+    args = mount_args(tmp_path / "mnt", emulator.api_url, "--cache-dir", str(blocker), "--log-file", str(tmp_path / "m.log"))
+    result = rayfs(*args, home=tmp_path)
+    assert result.returncode == 1
+    assert f"invalid cache_dir {blocker}: it is a file, not a folder" in result.stderr
