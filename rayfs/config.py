@@ -162,7 +162,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"invalid config file {path}: {exc}") from exc
 
     if "token" in data and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("config file %s holds a token but others can read it: run chmod 600 %s", path, path)
+        logger.warning("config file %s contains a token but others can read it: run chmod 600 %s", path, path)
     return data
 
 

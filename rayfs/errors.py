@@ -72,7 +72,7 @@ class ApiTimeout(TransportError):
 
 
 class HTTPStatusError(ApiError):
-    """The server answered with an HTTP error status."""
+    """The server returned an HTTP error status."""
 
 
 class AuthError(HTTPStatusError):

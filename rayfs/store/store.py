@@ -102,7 +102,7 @@ class Store:
             stream = self._api.open_range(link, offset, length)
         except LinkExpired:
             logger.info(
-                "download link for project %s sk %s was refused; fetching a new one", attachment.id, attachment.sk
+                "download link for project %s sk %s was rejected; fetching a new one", attachment.id, attachment.sk
             )
             link = self._download_link(attachment, renew=True)
             stream = self._api.open_range(link, offset, length)
