@@ -312,23 +312,8 @@ class UploadManager:
         uploaded and the handle would write.
         """
         writes = write or truncate
-
-        with self._lock:
-            self._check_open()
-            entry = self._require(project_id, name)
-            if writes and entry.state == STATE_UPLOADING:
-                raise Busy(f"staged file {name!r} of project {project_id} is being uploaded; try again when it is done")
-            if writes:
-                entry.writers += 1
-
-        try:
-            fd = os.open(self.spool.data_path(entry.upload_id), os.O_RDWR if writes else os.O_RDONLY)
-        except FileNotFoundError as exc:
-            self._unpin(entry, writes)
-            raise NoSuchPath(f"staged file {name!r} of project {project_id} was deleted") from exc
-        except BaseException:
-            self._unpin(entry, writes)
-            raise
+        entry = self._pin(project_id, name, writes=writes)
+        fd = self._open_data(entry, os.O_RDWR if writes else os.O_RDONLY, pinned=writes)
 
         if truncate:
             try:
@@ -349,6 +334,28 @@ class UploadManager:
         if requeued:
             self._status.write()
         return number
+
+    def _pin(self, project_id: str, name: str, *, writes: bool) -> StagedEntry:
+        """Return the staged file `name`, counted as open for writing when `writes`; Busy while it uploads."""
+        with self._lock:
+            self._check_open()
+            entry = self._require(project_id, name)
+            if writes and entry.state == STATE_UPLOADING:
+                raise Busy(f"staged file {name!r} of project {project_id} is being uploaded; try again when it is done")
+            if writes:
+                entry.writers += 1
+            return entry
+
+    def _open_data(self, entry: StagedEntry, flags: int, *, pinned: bool) -> int:
+        """Open a staged file's data file; on failure undo `_pin` and raise NoSuchPath if it was deleted."""
+        try:
+            return os.open(self.spool.data_path(entry.upload_id), flags)
+        except FileNotFoundError as exc:
+            self._unpin(entry, pinned)
+            raise NoSuchPath(f"staged file {entry.name!r} of project {entry.project_id} was deleted") from exc
+        except BaseException:
+            self._unpin(entry, pinned)
+            raise
 
     def _unpin(self, entry: StagedEntry, pinned: bool) -> None:
         if not pinned:
@@ -396,26 +403,16 @@ class UploadManager:
         if length < 0:
             raise ValueError(f"length must be 0 or more, got {length}")
 
-        with self._lock:
-            self._check_open()
-            entry = self._require(project_id, name)
-            if entry.state == STATE_UPLOADING:
-                raise Busy(f"staged file {name!r} of project {project_id} is being uploaded; try again when it is done")
-            entry.writers += 1
-
+        entry = self._pin(project_id, name, writes=True)
+        fd = self._open_data(entry, os.O_WRONLY, pinned=True)
         try:
-            fd = os.open(self.spool.data_path(entry.upload_id), os.O_WRONLY)
-            try:
-                os.ftruncate(fd, length)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except FileNotFoundError as exc:
-            self._unpin(entry, True)
-            raise NoSuchPath(f"staged file {name!r} of project {project_id} was deleted") from exc
+            os.ftruncate(fd, length)
+            os.fsync(fd)
         except BaseException:
             self._unpin(entry, True)
             raise
+        finally:
+            os.close(fd)
 
         with self._lock:
             entry.writers -= 1
