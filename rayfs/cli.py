@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rayfs: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
-        # The reader of our output went away (`rayfs status | head -1`): nothing left to say.
+        # The reader of our output went away (`rayfs status | head -1`), so stop quietly.
         # Point stdout at /dev/null so the flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -225,7 +225,7 @@ def test_expired_link_is_renewed(emulator, mount_factory):
 
     with open(path, "rb") as handle:
         assert handle.read(4096) == expected[:4096]
-    # Let the link that the mount now holds expire, then read a part not yet cached.
+    # Let the link that the mount has cached expire, then read a part not yet cached.
     time.sleep(1.5)
     emulator.set_faults(link_lifetime_s=1800)
     with open(path, "rb") as handle:

@@ -170,7 +170,7 @@ class Group(Record):
 class ProjectRecords:
     """All records of one project, split by sort-key prefix.
 
-    `unknown` holds records whose `sk` matches no documented prefix; they are
+    `unknown` contains records whose `sk` matches no documented prefix; they are
     kept so a newer server does not lose data, but the mount does not show them.
     """
 

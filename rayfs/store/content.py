@@ -5,8 +5,8 @@ block, once fetched, is served from disk until the cache is full and the
 attachment is evicted (least recently used first).
 
 Each attachment has a sparse data file and a block map (one byte per block,
-1 when present). The map in memory is authoritative while the mount runs; on
-`flush` the data is fsync'd first and the map written after it, so after a
+1 when present). The map in memory is authoritative while the mount runs. On
+`flush` the data is fsync'd first and the map written after it. So after a
 crash the map on disk never claims bytes that did not reach the disk.
 
 Caveats:

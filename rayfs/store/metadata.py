@@ -1,8 +1,8 @@
 """A TTL cache of API responses with one in-flight fetch per key and stale fallback.
 
 Fresh values live in a `cachetools.TTLCache`. The last good value of every
-key also stays in an LRU cache: once a value expires, `get` returns it at once
-and refreshes it in a background thread (stale-while-revalidate), so a slow or
+key also stays in an LRU cache. Once a value expires, `get` returns it at once
+and refreshes it in a background thread (stale-while-revalidate). So a slow or
 unreachable API never stalls a file manager that already saw the folder. Only
 a key with no value, or one explicitly invalidated, is fetched while the
 caller waits.

@@ -29,7 +29,7 @@ class Kind(enum.Enum):
 def inode_for(project_id: str, sk: str, role: str) -> int:
     """Derive a stable inode number from a record's `(_id, sk)` and the entry's role.
 
-    The role tells apart entries of one record (a project's folder and its
+    The role distinguishes the entries of one record (a project's folder and its
     info.json, a memo's .json and .html). The result is a positive 63-bit
     number above the root's, so it is the same on every mount.
     """

@@ -8,7 +8,7 @@ and a listing's index is rebuilt only when the store hands out a new record list
 Caveats:
 - A project that the list shows but whose `GET /project/{_id}` returns no
   records is reported as a malformed response (EIO), not as a missing folder,
-  because the two API answers contradict each other.
+  because the two API responses contradict each other.
 - Lookups of file-manager probe names are answered from cached listings only,
   so they never cause a request. A probe before the first listing gets ENOENT.
 - A staged file (written into attachments/, not uploaded yet) hides a server
